@@ -1,0 +1,270 @@
+//! The content-addressed blob store: `blobs/<2 hex>/<64 hex of sha256>`.
+//!
+//! A blob is written to `tmp/` (same filesystem) while it is hashed, fsynced, then
+//! renamed into place and its shard directory fsynced: a crash at any instant leaves
+//! every file under `blobs/` matching its name. Nothing is ever deleted from `blobs/`.
+//! It knows files and hashes and nothing else.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tempfile::NamedTempFile;
+
+/// What went wrong in the store; each variant names the path.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A filesystem operation failed.
+    #[error("{action} {path}")]
+    Io {
+        /// What was attempted, e.g. "cannot write".
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// Why (a full disk shows here).
+        #[source]
+        source: io::Error,
+    },
+    /// A blob's bytes do not hash to its name.
+    #[error("blob {path} is corrupt: its sha256 is {actual}")]
+    Corrupt {
+        /// The blob.
+        path: PathBuf,
+        /// What it hashes to.
+        actual: String,
+    },
+    /// A string is not a sha256 in lowercase hex.
+    #[error("{0:?} is not a sha256 in hex")]
+    BadHash(String),
+}
+
+fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A stored blob: its hash and length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRef {
+    /// sha256 in lowercase hex; also its file name.
+    pub sha256: String,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+/// The blob store under a data directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    blobs: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) `blobs/` and `tmp/` under `data_dir` and sweeps
+    /// temp files left by a crashed run.
+    ///
+    /// # Errors
+    /// When the directories cannot be created or read.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let blobs = data_dir.join("blobs");
+        let tmp = data_dir.join("tmp");
+        fs::create_dir_all(&blobs).map_err(io_error("cannot create", &blobs))?;
+        fs::create_dir_all(&tmp).map_err(io_error("cannot create", &tmp))?;
+        let store = Self { blobs, tmp };
+        store.sweep_tmp()?;
+        Ok(store)
+    }
+
+    /// Opens the store without creating or sweeping anything, for read-only commands.
+    pub fn at(data_dir: &Path) -> Self {
+        Self {
+            blobs: data_dir.join("blobs"),
+            tmp: data_dir.join("tmp"),
+        }
+    }
+
+    fn sweep_tmp(&self) -> Result<(), StoreError> {
+        let entries = fs::read_dir(&self.tmp).map_err(io_error("cannot read", &self.tmp))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_file() {
+                fs::remove_file(&path).map_err(io_error("cannot remove", &path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the blob of `sha256` lives.
+    ///
+    /// # Errors
+    /// When `sha256` is not 64 lowercase hex digits (never a path from elsewhere).
+    pub fn path_of(&self, sha256: &str) -> Result<PathBuf, StoreError> {
+        let valid = sha256.len() == 64
+            && sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !valid {
+            return Err(StoreError::BadHash(sha256.to_owned()));
+        }
+        Ok(self.blobs.join(&sha256[..2]).join(sha256))
+    }
+
+    /// Whether the blob exists.
+    pub fn contains(&self, sha256: &str) -> bool {
+        self.path_of(sha256).is_ok_and(|path| path.is_file())
+    }
+
+    /// Starts writing a blob whose hash is not known yet.
+    ///
+    /// # Errors
+    /// When the temp file cannot be created.
+    pub fn writer(&self) -> Result<BlobWriter, StoreError> {
+        let temp = NamedTempFile::with_prefix_in("blob-", &self.tmp)
+            .map_err(io_error("cannot create a temp file in", &self.tmp))?;
+        Ok(BlobWriter {
+            file: BufWriter::with_capacity(256 * 1024, temp),
+            hasher: Sha256::new(),
+            size: 0,
+            store: self.clone(),
+        })
+    }
+
+    /// Stores bytes already in memory (news documents, article bodies).
+    ///
+    /// # Errors
+    /// When writing fails.
+    pub fn put(&self, bytes: &[u8]) -> Result<BlobRef, StoreError> {
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        if self.contains(&sha256) {
+            return Ok(BlobRef {
+                sha256,
+                size: bytes.len() as u64,
+            });
+        }
+        let mut writer = self.writer()?;
+        writer.write(bytes)?;
+        writer.commit()
+    }
+
+    /// Re-reads a blob and checks that it hashes to its name; returns its size.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] on a mismatch, I/O errors when it cannot be read.
+    pub fn verify(&self, sha256: &str) -> Result<u64, StoreError> {
+        let path = self.path_of(sha256)?;
+        let mut file = File::open(&path).map_err(io_error("cannot open", &path))?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 256 * 1024];
+        let mut size = 0u64;
+        loop {
+            let read = file
+                .read(&mut buffer)
+                .map_err(io_error("cannot read", &path))?;
+            if read == 0 {
+                break;
+            }
+            hasher.update(&buffer[..read]);
+            size += read as u64;
+        }
+        let actual = hex::encode(hasher.finalize());
+        if actual != sha256 {
+            return Err(StoreError::Corrupt { path, actual });
+        }
+        Ok(size)
+    }
+
+    /// Every blob file name under `blobs/`, for audits.
+    ///
+    /// # Errors
+    /// When `blobs/` cannot be read.
+    pub fn list(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = Vec::new();
+        if !self.blobs.exists() {
+            return Ok(names);
+        }
+        let shards = fs::read_dir(&self.blobs).map_err(io_error("cannot read", &self.blobs))?;
+        for shard in shards.flatten() {
+            let path = shard.path();
+            let files = fs::read_dir(&path).map_err(io_error("cannot read", &path))?;
+            names.extend(
+                files
+                    .flatten()
+                    .map(|f| f.file_name().to_string_lossy().into_owned()),
+            );
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+/// A blob being written: hashed as it is written, durable once committed.
+pub struct BlobWriter {
+    file: BufWriter<NamedTempFile>,
+    hasher: Sha256,
+    size: u64,
+    store: Store,
+}
+
+impl BlobWriter {
+    /// Appends bytes.
+    ///
+    /// # Errors
+    /// When the disk refuses them (full, read-only).
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+        let path = self.file.get_ref().path().to_owned();
+        self.file
+            .write_all(bytes)
+            .map_err(io_error("cannot write", &path))
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Makes the blob durable under its hash. An existing blob of that hash is the
+    /// same content, so the temp file is then simply dropped.
+    ///
+    /// # Errors
+    /// When flushing, syncing or renaming fails; the temp file is removed.
+    pub fn commit(self) -> Result<BlobRef, StoreError> {
+        let sha256 = hex::encode(self.hasher.finalize());
+        let temp_path = self.file.get_ref().path().to_owned();
+        let temp = self
+            .file
+            .into_inner()
+            .map_err(|err| io_error("cannot write", &temp_path)(err.into_error()))?;
+        let blob = BlobRef {
+            sha256,
+            size: self.size,
+        };
+        let target = self.store.path_of(&blob.sha256)?;
+        if target.is_file() {
+            return Ok(blob);
+        }
+        temp.as_file()
+            .sync_all()
+            .map_err(io_error("cannot sync", &temp_path))?;
+        let shard = target.parent().unwrap_or(&self.store.blobs).to_owned();
+        if !shard.is_dir() {
+            fs::create_dir_all(&shard).map_err(io_error("cannot create", &shard))?;
+            sync_dir(&self.store.blobs)?;
+        }
+        temp.persist(&target)
+            .map_err(|err| io_error("cannot rename into", &target)(err.error))?;
+        sync_dir(&shard)?;
+        Ok(blob)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error("cannot sync directory", dir))
+}
