@@ -205,21 +205,60 @@ struct State {
 
 impl State {
     fn next_run(&self, now: i64) -> i64 {
-        let base = self.slots.next(now, self.last_start);
-        let next = match self.quota_reset {
-            Some(reset) if reset > base => match &self.slots {
-                Slots::Cron(_) => self.slots.next(reset - 1, None),
-                Slots::Every(_) => reset,
-            },
-            _ => base,
-        };
         let jitter = self
             .config
             .schedule
             .jitter
             .map_or(0, |j| fastrand::u64(0..=j.as_secs()) as i64);
-        next + jitter
+        slot_after(&self.slots, now, self.last_start, self.quota_reset) + jitter
     }
+}
+
+fn slot_after(slots: &Slots, now: i64, last_start: Option<i64>, quota_reset: Option<i64>) -> i64 {
+    let base = slots.next(now, last_start);
+    match quota_reset {
+        Some(reset) if reset > base => match slots {
+            Slots::Cron(_) => slots.next(reset - 1, None),
+            Slots::Every(_) => reset,
+        },
+        _ => base,
+    }
+}
+
+/// When the next run starts (without jitter): the schedule's next slot after `now`,
+/// but not before `quota_reset` when the daily quota ran out.
+///
+/// # Errors
+/// When the schedule is invalid.
+pub fn next_start(
+    schedule: &Schedule,
+    now: i64,
+    last_start: Option<i64>,
+    quota_reset: Option<i64>,
+) -> Result<i64, DaemonError> {
+    Ok(slot_after(
+        &Slots::from_config(schedule)?,
+        now,
+        last_start,
+        quota_reset,
+    ))
+}
+
+/// Pings the systemd watchdog at half its interval for as long as the runtime lives,
+/// runs included.
+fn spawn_watchdog(cancel: CancellationToken) {
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval / 2);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = tick.tick() => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
+            }
+        }
+    });
 }
 
 /// Runs syncs on the configured schedule until `cancel` or a signal.
@@ -259,7 +298,7 @@ pub async fn run(
         failing_since: None,
         stale_notified: false,
     };
-    let watchdog = sd_notify::watchdog_enabled().map(|interval| interval / 2);
+    spawn_watchdog(cancel.clone());
     let mut next = if state.config.schedule.run_at_start {
         sync::unix_now()
     } else {
@@ -275,7 +314,8 @@ pub async fn run(
         );
         notify_systemd(&[sd_notify::NotifyState::Status(&status)]);
         let wait = Duration::from_secs((next - sync::unix_now()).max(0) as u64);
-        let tick = watchdog.unwrap_or(Duration::from_hours(1)).min(wait);
+        // Wake at least every minute to check the backup's age for stale alerts.
+        let tick = Duration::from_mins(1).min(wait);
         tokio::select! {
             () = cancel.cancelled() => break,
             _ = hangup.recv() => {
@@ -284,9 +324,6 @@ pub async fn run(
                 continue;
             }
             () = tokio::time::sleep(tick) => {}
-        }
-        if watchdog.is_some() {
-            notify_systemd(&[sd_notify::NotifyState::Watchdog]);
         }
         check_stale(&mut state, &metrics).await;
         if sync::unix_now() < next {

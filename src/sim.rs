@@ -167,6 +167,11 @@ impl Simulator {
         });
     }
 
+    /// Drops every fault rule not used up yet.
+    pub fn clear_faults(&self) {
+        self.account().clear_faults();
+    }
+
     /// After the `after_page`-th listing page of `kind` from now, apply `action`.
     pub fn on_listing_page(&self, kind: MediaKind, after_page: u32, action: HookAction) {
         self.account().add_hook(ListingHook {

@@ -141,7 +141,7 @@ impl SyncReport {
 }
 
 /// Unix seconds now.
-pub(crate) fn unix_now() -> i64 {
+pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

@@ -534,6 +534,11 @@ impl Account {
         }
     }
 
+    /// Every access token ever issued, for tests that check none leaked.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.tokens.keys().cloned().collect()
+    }
+
     /// How many distinct tokens of the stable family were ever issued.
     pub fn stable_tokens_issued(&self) -> usize {
         self.tokens
@@ -596,6 +601,11 @@ impl Account {
     /// Adds a fault rule.
     pub fn inject(&mut self, rule: FaultRule) {
         self.faults.push(rule);
+    }
+
+    /// Drops every fault rule not used up yet.
+    pub fn clear_faults(&mut self) {
+        self.faults.clear();
     }
 
     /// Takes the fault for this call of `endpoint`, if a rule applies.

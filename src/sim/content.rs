@@ -4,6 +4,7 @@
 //! into its first eight bytes (so no two blocks hash alike), and the format's magic
 //! bytes at the very start so that sniffing clients recognise it.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -181,6 +182,9 @@ pub struct TruncatedBody<B> {
     limit: u64,
     sent: u64,
     full: SizeHint,
+    /// A pause before failing, so that hyper flushes what was sent: the client then
+    /// sees the headers and part of the body, as with a real connection cut mid-body.
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<B: Body<Data = Bytes, Error = io::Error> + Unpin> TruncatedBody<B> {
@@ -193,6 +197,7 @@ impl<B: Body<Data = Bytes, Error = io::Error> + Unpin> TruncatedBody<B> {
             limit,
             sent: 0,
             full,
+            pause: None,
         }
     }
 }
@@ -207,6 +212,12 @@ impl<B: Body<Data = Bytes, Error = io::Error> + Unpin> Body for TruncatedBody<B>
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
         if this.sent >= this.limit {
+            let pause = this.pause.get_or_insert_with(|| {
+                Box::pin(tokio::time::sleep(std::time::Duration::from_millis(50)))
+            });
+            if pause.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
             return Poll::Ready(Some(Err(io::Error::other("simulated truncated body"))));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -222,7 +233,8 @@ impl<B: Body<Data = Bytes, Error = io::Error> + Unpin> Body for TruncatedBody<B>
                 Poll::Ready(Some(Ok(Frame::data(data))))
             }
             Poll::Ready(None) => {
-                Poll::Ready(Some(Err(io::Error::other("simulated truncated body"))))
+                this.sent = this.limit;
+                Pin::new(this).poll_frame(cx)
             }
             other => other,
         }

@@ -24,7 +24,10 @@ pub(super) struct Job {
 
 /// Why one fetch attempt did not store the asset.
 enum FetchError {
+    /// The request failed; the client already retried what was worth retrying.
     Api(WechatError),
+    /// The body broke off while it was being stored: worth another request.
+    Stream(WechatError),
     Store(StoreError),
     Catalog(SyncError),
     Cancelled,
@@ -104,6 +107,16 @@ async fn fetch_asset(shared: &Arc<Shared>, job: Job) {
                 shared.stop(Stop::Abort(format!("cannot store {media_id}: {err}")));
                 return;
             }
+            FetchError::Stream(err) if attempt < attempts => {
+                let delay = shared.options.retry.backoff(attempt - 1);
+                tracing::warn!(account = %shared.name, %media_id, error = %err, ?delay, "download broke off; fetching again");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            FetchError::Stream(err) => {
+                record_failure(shared, &media_id, &err.to_string()).await;
+                return;
+            }
             FetchError::Api(err) => {
                 if shared.stop_on(&err) {
                     return;
@@ -111,13 +124,6 @@ async fn fetch_asset(shared: &Arc<Shared>, job: Job) {
                 if err.class() == ErrorClass::NotFound {
                     note_gone(shared, &media_id).await;
                     return;
-                }
-                if err.is_retryable() && attempt < attempts {
-                    let delay = shared.options.retry.backoff(attempt - 1);
-                    tracing::warn!(account = %shared.name, %media_id, error = %err, ?delay, "fetch failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                    continue;
                 }
                 record_failure(shared, &media_id, &err.to_string()).await;
                 return;
@@ -267,7 +273,7 @@ async fn stream_to_store(
         loop {
             let chunk = tokio::select! {
                 () = shared.halt.cancelled() => return Err(FetchError::Cancelled),
-                chunk = download.chunk() => chunk?,
+                chunk = download.chunk() => chunk.map_err(FetchError::Stream)?,
             };
             let Some(chunk) = chunk else {
                 let _ = sender.send(Chunk::Done).await;
@@ -382,7 +388,7 @@ async fn fetch_article_image(
     let outcome = match shared.client.download(url).await {
         Ok(Downloaded::File(download)) => match stream_to_store(shared, *download).await {
             Ok(blob) => Ok(blob),
-            Err(FetchError::Api(err)) => Err(err.to_string()),
+            Err(FetchError::Api(err) | FetchError::Stream(err)) => Err(err.to_string()),
             Err(other) => return Err(other),
         },
         Ok(Downloaded::WebPage { .. }) => Err("the image URL answered an HTML page".to_owned()),

@@ -116,6 +116,12 @@ impl WechatError {
     /// What this error means; decided here and nowhere else.
     pub fn class(&self) -> ErrorClass {
         match self {
+            // From a token endpoint, "invalid credential" means the AppSecret or AppID.
+            Self::Api {
+                endpoint: "token" | "stable_token",
+                errcode: 40001 | 40014,
+                ..
+            } => ErrorClass::NeedsPerson,
             Self::Api { errcode, .. } => class_of_errcode(*errcode),
             Self::Http { status, .. } if *status >= 500 || *status == 429 => ErrorClass::Retryable,
             Self::Http { .. } | Self::Setup(_) => ErrorClass::Permanent,
@@ -134,6 +140,19 @@ impl WechatError {
 
     /// What a person should do about it, for errors only a person can fix.
     pub fn advice(&self) -> Option<&'static str> {
+        if let Self::Api {
+            endpoint: "token" | "stable_token",
+            errcode: 40001 | 40014,
+            ..
+        } = self
+        {
+            return Some(
+                "the token endpoint rejected the credentials: check app_id and app_secret",
+            );
+        }
+        if let Self::TokenStolen { .. } | Self::TokenFileStale { .. } = self {
+            return None;
+        }
         let advice = match self.errcode()? {
             40125 => {
                 "the AppSecret was rejected: check app_secret (it changes when it is reset in the admin console)"
