@@ -8,6 +8,10 @@
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+
+use bytes::Bytes;
 
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
@@ -118,17 +122,24 @@ impl Store {
         self.path_of(sha256).is_ok_and(|path| path.is_file())
     }
 
-    /// Starts writing a blob whose hash is not known yet.
+    /// Starts writing a stream whose hash is not known yet; it is hashed on a thread
+    /// of its own while written.
     ///
     /// # Errors
     /// When the temp file cannot be created.
     pub fn writer(&self) -> Result<BlobWriter, StoreError> {
+        self.writer_with(Hasher::threaded())
+    }
+
+    fn writer_with(&self, hasher: Hasher) -> Result<BlobWriter, StoreError> {
         let temp = NamedTempFile::with_prefix_in("blob-", &self.tmp)
             .map_err(io_error("cannot create a temp file in", &self.tmp))?;
         Ok(BlobWriter {
-            file: BufWriter::with_capacity(256 * 1024, temp),
-            hasher: Sha256::new(),
+            file: BufWriter::with_capacity(64 << 10, temp),
+            hasher,
             size: 0,
+            written_back: 0,
+            writeback: None,
             store: self.clone(),
         })
     }
@@ -145,8 +156,8 @@ impl Store {
                 size: bytes.len() as u64,
             });
         }
-        let mut writer = self.writer()?;
-        writer.write(bytes)?;
+        let mut writer = self.writer_with(Hasher::Inline(Sha256::new()))?;
+        writer.write(Bytes::copy_from_slice(bytes))?;
         writer.commit()
     }
 
@@ -201,26 +212,120 @@ impl Store {
     }
 }
 
-/// A blob being written: hashed as it is written, durable once committed.
+/// Bytes written between early write-backs: the final fsync then only has this much
+/// left to flush, instead of the whole file.
+const WRITEBACK_EVERY: u64 = 64 << 20;
+
+/// Chunks queued for the hashing thread; with the fetcher's queue this bounds memory.
+const HASH_QUEUE: usize = 8;
+
+/// Hashes inline (small blobs) or on its own thread (streams), so that hashing and
+/// writing a large download use two cores.
+enum Hasher {
+    Inline(Sha256),
+    Threaded {
+        chunks: mpsc::SyncSender<Bytes>,
+        thread: thread::JoinHandle<Sha256>,
+    },
+}
+
+impl Hasher {
+    fn threaded() -> Self {
+        let (chunks, received) = mpsc::sync_channel::<Bytes>(HASH_QUEUE);
+        let thread = thread::spawn(move || {
+            let mut hasher = Sha256::new();
+            for chunk in received {
+                hasher.update(&chunk);
+            }
+            hasher
+        });
+        Self::Threaded { chunks, thread }
+    }
+
+    /// Hashes a chunk; false if the hashing thread is gone.
+    fn update(&mut self, chunk: Bytes) -> bool {
+        match self {
+            Self::Inline(hasher) => {
+                hasher.update(&chunk);
+                true
+            }
+            Self::Threaded { chunks, .. } => chunks.send(chunk).is_ok(),
+        }
+    }
+
+    fn finish(self) -> Option<String> {
+        let hasher = match self {
+            Self::Inline(hasher) => hasher,
+            Self::Threaded { chunks, thread } => {
+                drop(chunks);
+                thread.join().ok()?
+            }
+        };
+        Some(hex::encode(hasher.finalize()))
+    }
+}
+
+/// A blob being written: hashed as it is written, durable once committed. Dropping it
+/// uncommitted removes the temp file.
 pub struct BlobWriter {
     file: BufWriter<NamedTempFile>,
-    hasher: Sha256,
+    hasher: Hasher,
     size: u64,
+    written_back: u64,
+    writeback: Option<thread::JoinHandle<io::Result<()>>>,
     store: Store,
 }
 
 impl BlobWriter {
-    /// Appends bytes.
+    fn path(&self) -> PathBuf {
+        self.file.get_ref().path().to_owned()
+    }
+
+    /// Appends a chunk.
     ///
     /// # Errors
-    /// When the disk refuses them (full, read-only).
-    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        self.hasher.update(bytes);
-        self.size += bytes.len() as u64;
-        let path = self.file.get_ref().path().to_owned();
+    /// When the disk refuses it (full, read-only).
+    pub fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        self.size += chunk.len() as u64;
+        if let Err(err) = self.file.write_all(&chunk) {
+            return Err(io_error("cannot write", &self.path())(err));
+        }
+        if !self.hasher.update(chunk) {
+            return Err(io_error("cannot hash", &self.path())(io::Error::other(
+                "the hashing thread stopped",
+            )));
+        }
+        if self.size - self.written_back >= WRITEBACK_EVERY {
+            self.start_writeback()?;
+        }
+        Ok(())
+    }
+
+    /// Starts flushing what was written so far to disk in the background.
+    fn start_writeback(&mut self) -> Result<(), StoreError> {
+        self.finish_writeback()?;
         self.file
-            .write_all(bytes)
-            .map_err(io_error("cannot write", &path))
+            .flush()
+            .map_err(io_error("cannot write", &self.path()))?;
+        let file = self
+            .file
+            .get_ref()
+            .as_file()
+            .try_clone()
+            .map_err(io_error("cannot sync", &self.path()))?;
+        self.written_back = self.size;
+        self.writeback = Some(thread::spawn(move || file.sync_data()));
+        Ok(())
+    }
+
+    fn finish_writeback(&mut self) -> Result<(), StoreError> {
+        let Some(writeback) = self.writeback.take() else {
+            return Ok(());
+        };
+        let result = writeback
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the write-back thread panicked")));
+        result.map_err(io_error("cannot sync", &self.path()))
     }
 
     /// Bytes written so far.
@@ -233,28 +338,34 @@ impl BlobWriter {
     ///
     /// # Errors
     /// When flushing, syncing or renaming fails; the temp file is removed.
-    pub fn commit(self) -> Result<BlobRef, StoreError> {
-        let sha256 = hex::encode(self.hasher.finalize());
-        let temp_path = self.file.get_ref().path().to_owned();
-        let temp = self
-            .file
+    pub fn commit(mut self) -> Result<BlobRef, StoreError> {
+        self.finish_writeback()?;
+        let temp_path = self.path();
+        let Self {
+            file,
+            hasher,
+            size,
+            store,
+            ..
+        } = self;
+        let temp = file
             .into_inner()
             .map_err(|err| io_error("cannot write", &temp_path)(err.into_error()))?;
-        let blob = BlobRef {
-            sha256,
-            size: self.size,
-        };
-        let target = self.store.path_of(&blob.sha256)?;
+        let sha256 = hasher.finish().ok_or_else(|| {
+            io_error("cannot hash", &temp_path)(io::Error::other("the hashing thread panicked"))
+        })?;
+        let blob = BlobRef { sha256, size };
+        let target = store.path_of(&blob.sha256)?;
         if target.is_file() {
             return Ok(blob);
         }
         temp.as_file()
             .sync_all()
             .map_err(io_error("cannot sync", &temp_path))?;
-        let shard = target.parent().unwrap_or(&self.store.blobs).to_owned();
+        let shard = target.parent().unwrap_or(&store.blobs).to_owned();
         if !shard.is_dir() {
             fs::create_dir_all(&shard).map_err(io_error("cannot create", &shard))?;
-            sync_dir(&self.store.blobs)?;
+            sync_dir(&store.blobs)?;
         }
         temp.persist(&target)
             .map_err(|err| io_error("cannot rename into", &target)(err.error))?;

@@ -290,16 +290,23 @@ impl Client {
         }
     }
 
+    /// Reads the token file; when it still holds the token just rejected, waits a
+    /// little for the token service to write the new one before giving up.
     async fn file_token(&self, path: &std::path::PathBuf) -> Result<Fetched, WechatError> {
-        let fetched = read_token_file(path).await?;
+        const TRIES: u32 = 6;
+        const PAUSE: Duration = Duration::from_millis(500);
         let rejected = lock(&self.rejected_file_token).clone();
-        if rejected.as_deref() == Some(fetched.value.expose()) {
-            return Err(WechatError::TokenFileStale {
-                path: path.clone(),
-                errcode: 40001,
-            });
+        for _ in 0..TRIES {
+            let fetched = read_token_file(path).await?;
+            if rejected.as_deref() != Some(fetched.value.expose()) {
+                return Ok(fetched);
+            }
+            tokio::time::sleep(PAUSE).await;
         }
-        Ok(fetched)
+        Err(WechatError::TokenFileStale {
+            path: path.clone(),
+            errcode: 40001,
+        })
     }
 
     async fn stable_token(&self, secret: &crate::secret::Secret) -> Result<Fetched, WechatError> {

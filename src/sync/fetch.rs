@@ -258,12 +258,12 @@ async fn stream_to_store(
     mut download: FileDownload,
 ) -> Result<BlobRef, FetchError> {
     let writer = shared.store.writer().map_err(FetchError::Store)?;
-    let (sender, mut receiver) = mpsc::channel::<Chunk>(8);
+    let (sender, mut receiver) = mpsc::channel::<Chunk>(16);
     let write = tokio::task::spawn_blocking(move || {
         let mut writer = writer;
         while let Some(chunk) = receiver.blocking_recv() {
             match chunk {
-                Chunk::Data(bytes) => writer.write(&bytes)?,
+                Chunk::Data(bytes) => writer.write(bytes)?,
                 Chunk::Done => return writer.commit().map(Some),
             }
         }

@@ -279,3 +279,72 @@ async fn errors_only_a_person_can_fix_abort_with_advice() {
         assert!(sim.requests().len() < 10, "{code}: stops at once");
     }
 }
+
+/// A token from the simulator, as the company's token service would fetch it.
+async fn service_token(sim: &mpmirror::sim::Simulator) -> String {
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/cgi-bin/stable_token", sim.base_url()))
+        .json(
+            &serde_json::json!({"grant_type": "client_credential", "appid": sim.app_id(),
+                                  "secret": sim.app_secret(), "force_refresh": true}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn token_file_is_used_as_is_and_re_read_when_rejected() {
+    let sim = small_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = dir.path().join("access_token");
+    std::fs::write(&token_path, format!("  {}\n", service_token(&sim).await)).unwrap();
+    let text = format!(
+        "data_dir = \"data\"\n[limits]\nrequests_per_second = 1000\n[[account]]\nname = \"main\"\n\
+         app_id = {:?}\napi_base = {:?}\ntoken_file = \"access_token\"\n",
+        sim.app_id(),
+        sim.base_url()
+    );
+    let setup = Setup::from_text(dir, &text);
+    let report = setup.sync().await;
+    assert_eq!(report.status, RunStatus::Ok, "{:?}", report.message);
+    assert_eq!(
+        sim.count("stable_token") + sim.count("token"),
+        1,
+        "mpmirror never asked for a token"
+    );
+
+    // The service replaces the token mid-run: the old one is rejected, the file re-read.
+    let sim = std::sync::Arc::new(sim);
+    sim.invalidate_tokens();
+    let fresh = service_token(&sim).await;
+    sim.change(&sim.media_ids(MediaKind::Image)[0]);
+    let service = {
+        let (sim, path) = (sim.clone(), token_path.clone());
+        tokio::spawn(async move {
+            while !sim.requests().iter().any(|r| r.errcode == 40001) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            std::fs::write(path, fresh).unwrap();
+        })
+    };
+    let report = setup.sync().await;
+    service.await.unwrap();
+    assert_eq!(report.status, RunStatus::Ok, "{:?}", report.message);
+    assert_eq!(report.counts.fetched, 1);
+
+    // The service is down: the file keeps a rejected token; the run says so.
+    sim.invalidate_tokens();
+    let report = setup.sync().await;
+    assert_eq!(report.status, RunStatus::Aborted);
+    assert!(
+        report
+            .message
+            .unwrap()
+            .contains("is the token service that maintains it running?")
+    );
+}

@@ -301,3 +301,24 @@ fn walk(root: &Path, dir: &Path, unexpected: &mut Vec<String>) {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let sim = small_sim().await;
+    let setup = Setup::new(&sim, "");
+    let text = std::fs::read_to_string(&setup.config_path).unwrap();
+    std::fs::write(&setup.config_path, format!("log_format = \"json\"\n{text}")).unwrap();
+    let output = run_binary(&setup, &["sync"], &[]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let stderr = stderr_of(&output);
+    let mut summaries = 0;
+    for line in stderr.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if value["fields"]["message"] == "account summary" {
+            summaries += 1;
+            assert_eq!(value["fields"]["fetched"], 34);
+        }
+    }
+    assert_eq!(summaries, 1);
+}
