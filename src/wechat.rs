@@ -379,7 +379,7 @@ impl Client {
         let errcode = value.get("errcode").and_then(Value::as_i64).unwrap_or(0);
         self.count(endpoint, errcode);
         if errcode != 0 {
-            return Err(api_error(endpoint, errcode, &value));
+            return Err(WechatError::from_body(endpoint.name(), errcode, &value));
         }
         Ok(value)
     }
@@ -595,18 +595,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn api_error(endpoint: Endpoint, errcode: i64, value: &Value) -> WechatError {
-    WechatError::Api {
-        endpoint: endpoint.name(),
-        errcode,
-        errmsg: value
-            .get("errmsg")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-    }
 }
 
 fn parse_token(endpoint: Endpoint, value: &Value) -> Result<Fetched, WechatError> {

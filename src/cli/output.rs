@@ -172,10 +172,13 @@ pub fn print_status(data_dir: &Path, summary: &[TypeSummary], runs: &[RunRecord]
     }
     println!("last runs:");
     for run in runs {
+        let started = chrono::DateTime::from_timestamp(run.started_at, 0).map_or_else(
+            || run.started_at.to_string(),
+            |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        );
         println!(
-            "  #{} started {} {}: fetched {}, failed {}, {} API calls{}",
+            "  #{} started {started} {}: fetched {}, failed {}, {} API calls{}",
             run.id,
-            run.started_at,
             run.status.as_str(),
             run.counts.fetched,
             run.counts.failed,

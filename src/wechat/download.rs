@@ -140,15 +140,11 @@ fn error_json(endpoint: &str, body: &[u8]) -> Option<WechatError> {
     if errcode == 0 {
         return None;
     }
-    Some(WechatError::Api {
-        endpoint: static_name(endpoint),
+    Some(WechatError::from_body(
+        static_name(endpoint),
         errcode,
-        errmsg: value
-            .get("errmsg")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-    })
+        &value,
+    ))
 }
 
 /// Endpoint names of API errors are static; downloads report as `download`.

@@ -105,6 +105,23 @@ pub enum ErrorClass {
 }
 
 impl WechatError {
+    /// The error an API body with a non-zero `errcode` stands for.
+    pub(crate) fn from_body(
+        endpoint: &'static str,
+        errcode: i64,
+        body: &serde_json::Value,
+    ) -> Self {
+        Self::Api {
+            endpoint,
+            errcode,
+            errmsg: body
+                .get("errmsg")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+
     /// The errcode, when the API answered with one.
     pub fn errcode(&self) -> Option<i64> {
         match self {

@@ -110,7 +110,7 @@ pub fn rusqlite_connection(data_dir: &Path) -> rusqlite::Connection {
 pub fn quick() -> SyncOptions {
     SyncOptions {
         retry: RetryPolicy {
-            attempts: 4,
+            attempts: 6,
             base_delay: Duration::from_millis(5),
             max_delay: Duration::from_millis(20),
             minute_quota_wait: Some(Duration::from_millis(50)),
@@ -179,4 +179,20 @@ pub fn expected_sha256(sim: &Simulator, media_id: &str) -> String {
 /// Listing pages a type of `n` items takes.
 pub fn pages(n: usize) -> usize {
     n.div_ceil(20)
+}
+
+/// Asks the simulator's `/cgi-bin/stable_token` directly, as another service would.
+pub async fn stable_token(sim: &Simulator, force_refresh: bool) -> serde_json::Value {
+    reqwest::Client::new()
+        .post(format!("{}/cgi-bin/stable_token", sim.base_url()))
+        .json(
+            &serde_json::json!({"grant_type": "client_credential", "appid": sim.app_id(),
+                                  "secret": sim.app_secret(), "force_refresh": force_refresh}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }

@@ -62,6 +62,11 @@ async fn post_json(sim: &Simulator, path: &str, token: &str, body: &Value) -> Va
     response.json().await.unwrap()
 }
 
+async fn list_page(sim: &Simulator, token: &str, kind: &str, offset: u64) -> Value {
+    let body = json!({"type": kind, "offset": offset, "count": 20});
+    post_json(sim, "/cgi-bin/material/batchget_material", token, &body).await
+}
+
 fn errcode(value: &Value) -> i64 {
     value["errcode"].as_i64().unwrap_or(0)
 }
@@ -153,20 +158,8 @@ async fn batchget_material_pages_newest_first_with_the_real_shapes() {
     let sim = small_sim().await;
     let token = token_of(&stable_token(&sim, false).await);
     let path = "/cgi-bin/material/batchget_material";
-    let first = post_json(
-        &sim,
-        path,
-        &token,
-        &json!({"type": "image", "offset": 0, "count": 20}),
-    )
-    .await;
-    let second = post_json(
-        &sim,
-        path,
-        &token,
-        &json!({"type": "image", "offset": 20, "count": 20}),
-    )
-    .await;
+    let first = list_page(&sim, &token, "image", 0).await;
+    let second = list_page(&sim, &token, "image", 20).await;
     assert_eq!(first["total_count"], 25);
     assert_eq!(first["item_count"], 20);
     assert_eq!(second["item_count"], 5);
@@ -183,13 +176,7 @@ async fn batchget_material_pages_newest_first_with_the_real_shapes() {
     );
     let item = &first["item"][0];
     assert!(item["media_id"].is_string() && item["name"].is_string() && item.get("url").is_some());
-    let videos = post_json(
-        &sim,
-        path,
-        &token,
-        &json!({"type": "video", "offset": 0, "count": 20}),
-    )
-    .await;
+    let videos = list_page(&sim, &token, "video", 0).await;
     assert!(
         videos["item"]
             .as_array()
@@ -198,13 +185,7 @@ async fn batchget_material_pages_newest_first_with_the_real_shapes() {
             .all(|v| v.get("url").is_none()),
         "video items carry no url"
     );
-    let news = post_json(
-        &sim,
-        path,
-        &token,
-        &json!({"type": "news", "offset": 0, "count": 20}),
-    )
-    .await;
+    let news = list_page(&sim, &token, "news", 0).await;
     let article = &news["item"][0]["content"]["news_item"][0];
     for key in [
         "title",
@@ -421,22 +402,9 @@ async fn every_fault_kind_can_be_injected() {
 async fn listing_hooks_change_the_account_mid_listing() {
     let sim = small_sim().await;
     let token = token_of(&stable_token(&sim, false).await);
-    let path = "/cgi-bin/material/batchget_material";
     sim.on_listing_page(MediaKind::Image, 1, HookAction::Insert { count: 1 });
-    let first = post_json(
-        &sim,
-        path,
-        &token,
-        &json!({"type": "image", "offset": 0, "count": 20}),
-    )
-    .await;
-    let second = post_json(
-        &sim,
-        path,
-        &token,
-        &json!({"type": "image", "offset": 20, "count": 20}),
-    )
-    .await;
+    let first = list_page(&sim, &token, "image", 0).await;
+    let second = list_page(&sim, &token, "image", 20).await;
     assert_eq!(first["total_count"], 25);
     assert_eq!(second["total_count"], 26, "the upload shows in total_count");
     assert_eq!(

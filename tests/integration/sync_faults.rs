@@ -282,18 +282,7 @@ async fn errors_only_a_person_can_fix_abort_with_advice() {
 
 /// A token from the simulator, as the company's token service would fetch it.
 async fn service_token(sim: &mpmirror::sim::Simulator) -> String {
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/cgi-bin/stable_token", sim.base_url()))
-        .json(
-            &serde_json::json!({"grant_type": "client_credential", "appid": sim.app_id(),
-                                  "secret": sim.app_secret(), "force_refresh": true}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = super::common::stable_token(sim, true).await;
     answer["access_token"].as_str().unwrap().to_owned()
 }
 

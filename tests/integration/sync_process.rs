@@ -322,3 +322,52 @@ async fn json_logs_are_one_object_per_line() {
     }
     assert_eq!(summaries, 1);
 }
+
+#[tokio::test]
+async fn verify_finds_corrupt_and_missing_blobs_and_status_summarises() {
+    let sim = small_sim().await;
+    let setup = Setup::new(&sim, "");
+    assert_eq!(setup.sync().await.exit_code(), 0);
+    let output = setup.run_binary(&["verify"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains(", 0 problems"));
+
+    let conn = super::common::rusqlite_connection(&setup.data_dir());
+    let shas: Vec<String> = conn
+        .prepare("SELECT sha256 FROM assets WHERE type = 'image' AND sha256 IS NOT NULL LIMIT 2")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let blob = |sha: &str| setup.data_dir().join("blobs").join(&sha[..2]).join(sha);
+    let mut bytes = std::fs::read(blob(&shas[0])).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(blob(&shas[0]), bytes).unwrap();
+    std::fs::remove_file(blob(&shas[1])).unwrap();
+    let output = setup.run_binary(&["verify"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!("{} is corrupt", blob(&shas[0]).display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&shas[1]) && stdout.contains(", 2 problems"),
+        "{stdout}"
+    );
+
+    let output = setup.run_binary(&["status"]);
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("main         image        25       25"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" ok: fetched 34, failed 0"), "{stdout}");
+}
