@@ -863,6 +863,20 @@ impl Catalog {
             .map_err(sql(&self.path, "cannot summarise"))
     }
 
+    /// Article images: (known, stored, bytes stored).
+    pub fn article_image_totals(&self) -> Result<(u64, u64, u64), CatalogError> {
+        self.conn
+            .query_row(
+                "SELECT count(*), count(sha256), COALESCE(sum(size), 0) FROM article_images",
+                [],
+                |row| {
+                    let n = |i: usize| row.get::<_, i64>(i).map(|v| v as u64);
+                    Ok((n(0)?, n(1)?, n(2)?))
+                },
+            )
+            .map_err(sql(&self.path, "cannot read article images"))
+    }
+
     /// Every blob the catalog points at, with the size it recorded where it did.
     pub fn referenced_blobs(&self) -> Result<Vec<(String, Option<u64>)>, CatalogError> {
         let mut statement = self

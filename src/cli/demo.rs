@@ -80,6 +80,13 @@ fn show(config: &Config) -> Result<(), CliError> {
             output::human_bytes(row.bytes)
         );
     }
+    let (images, stored, bytes) = catalog
+        .article_image_totals()
+        .map_err(|err| CliError::new(3, chain(&err)))?;
+    println!(
+        "  images inside articles: {stored} of {images} stored, {}",
+        output::human_bytes(bytes)
+    );
     let db = path.display();
     println!();
     println!("Catalog: {db}");

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +25,27 @@ pub fn human_bytes(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Whether a progress line is on screen, so log lines clear it before printing.
+static PROGRESS_SHOWN: AtomicBool = AtomicBool::new(false);
+
+/// Stderr for log lines: clears the progress line first, so the two never mix.
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut stderr = std::io::stderr().lock();
+        if PROGRESS_SHOWN.load(Ordering::Relaxed) {
+            stderr.write_all(b"\r\x1b[2K")?;
+        }
+        stderr.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
@@ -67,8 +89,10 @@ async fn draw(progress: Arc<Progress>, stop: CancellationToken) {
         let mut stderr = std::io::stderr().lock();
         let _ = write!(stderr, "\r\x1b[2K{line}");
         let _ = stderr.flush();
+        PROGRESS_SHOWN.store(true, Ordering::Relaxed);
     }
     let mut stderr = std::io::stderr().lock();
+    PROGRESS_SHOWN.store(false, Ordering::Relaxed);
     let _ = write!(stderr, "\r\x1b[2K");
     let _ = stderr.flush();
 }
