@@ -183,8 +183,8 @@ pub struct Metrics {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Notify {
-    /// URL to POST to.
-    pub webhook: String,
+    /// URL to POST to; a secret, since robot URLs carry their key.
+    pub webhook: Secret,
     /// Body format of the POST.
     #[serde(default)]
     pub format: NotifyFormat,
@@ -291,7 +291,7 @@ impl Config {
         validate_limits(&raw.limits)?;
         validate_schedule(&raw.schedule)?;
         if let Some(notify) = &raw.notify {
-            validate_url("notify.webhook", &notify.webhook)?;
+            validate_url("notify.webhook", notify.webhook.expose())?;
         }
         if raw.account.is_empty() {
             return Err(invalid("account", "at least one [[account]] is required"));

@@ -146,7 +146,8 @@ pub struct ClientConfig {
     pub retry: RetryPolicy,
     /// Token rejections allowed per client before giving up.
     pub max_token_refreshes: u32,
-    /// Timeout of one API request (not of downloads).
+    /// Timeout of one JSON API request; file bodies are bounded by `read_timeout`
+    /// instead, since a large file on a slow link may take longer.
     pub request_timeout: Duration,
     /// Longest silence while reading any body.
     pub read_timeout: Duration,
@@ -321,8 +322,12 @@ impl Client {
             self.config.api_base,
             Endpoint::StableToken.cgi_path()
         );
+        let request = self.http.post(url).json(&body);
         let value = self
-            .send_json(Endpoint::StableToken, self.http.post(url).json(&body))
+            .send_json(
+                Endpoint::StableToken,
+                request.timeout(self.config.request_timeout),
+            )
             .await?;
         parse_token(Endpoint::StableToken, &value)
     }
@@ -334,7 +339,12 @@ impl Client {
             ("appid", self.config.app_id.as_str()),
             ("secret", secret.expose()),
         ]);
-        let value = self.send_json(Endpoint::Token, request).await?;
+        let value = self
+            .send_json(
+                Endpoint::Token,
+                request.timeout(self.config.request_timeout),
+            )
+            .await?;
         parse_token(Endpoint::Token, &value)
     }
 
@@ -393,7 +403,6 @@ impl Client {
         self.pace().await;
         tracing::trace!(endpoint = endpoint.name(), "request");
         request
-            .timeout(self.config.request_timeout)
             .send()
             .await
             .inspect_err(|_| self.count(endpoint, -2))
@@ -467,7 +476,8 @@ impl Client {
                 let request = match body {
                     Some(body) => self.http.post(url).json(body),
                     None => self.http.get(url),
-                };
+                }
+                .timeout(self.config.request_timeout);
                 self.send_json(endpoint, request).await
             })
             .await?;

@@ -63,7 +63,12 @@ impl Notifier {
     pub async fn send(&self, event: Event, text: &str) {
         let Some(http) = &self.http else { return };
         let body = self.body(event, text);
-        match http.post(&self.settings.webhook).json(&body).send().await {
+        match http
+            .post(self.settings.webhook.expose())
+            .json(&body)
+            .send()
+            .await
+        {
             Ok(response) if response.status().is_success() => {
                 tracing::info!(event = event.as_str(), "notification sent");
             }
