@@ -73,6 +73,8 @@ pub(super) struct Shared {
     /// Cancelled on a signal (interrupted) or an abort of this account.
     pub halt: CancellationToken,
     pub downloads: Arc<Semaphore>,
+    /// API calls already added to the catalog's usage, by endpoint.
+    pub usage_recorded: Mutex<std::collections::HashMap<&'static str, u64>>,
 }
 
 impl Shared {
@@ -163,8 +165,13 @@ pub(super) async fn run_account(
         halt: cancel.child_token(),
         downloads: Arc::new(Semaphore::new(context.limits.concurrent_downloads)),
         options: context.options,
+        usage_recorded: Mutex::new(std::collections::HashMap::new()),
     });
+    let done = CancellationToken::new();
+    let flusher = spawn_usage_flusher(shared.clone(), done.clone());
     let incomplete = run_stages(&shared, &context.limits).await;
+    done.cancel();
+    let _ = flusher.await;
     finish(&shared, &cancel, incomplete).await
 }
 
@@ -440,6 +447,63 @@ async fn mark_deleted(
     })
 }
 
+/// Adds the API calls made since the last flush to the day's usage in the catalog, so
+/// that `daily_budget` holds across runs (and, flushed periodically, across a kill).
+async fn flush_usage(shared: &Arc<Shared>) {
+    let mut totals: Vec<(&'static str, u64)> = Vec::new();
+    for ((endpoint, _), count) in shared.client.calls() {
+        match totals.last_mut() {
+            Some((name, total)) if *name == endpoint.name() => *total += count,
+            _ => totals.push((endpoint.name(), count)),
+        }
+    }
+    let deltas: Vec<(&'static str, u64)> = {
+        let mut recorded = shared
+            .usage_recorded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        totals
+            .into_iter()
+            .filter_map(|(endpoint, total)| {
+                let before = recorded.insert(endpoint, total).unwrap_or(0);
+                (total > before).then_some((endpoint, total - before))
+            })
+            .collect()
+    };
+    if deltas.is_empty() {
+        return;
+    }
+    let name = shared.name.clone();
+    let day = beijing_day(unix_now());
+    let recorded = with_catalog(&shared.catalog, move |c| {
+        for (endpoint, calls) in deltas {
+            c.add_usage(&name, &day, endpoint, calls)?;
+        }
+        Ok(())
+    })
+    .await;
+    if let Err(err) = recorded {
+        tracing::error!(account = %shared.name, error = %err, "cannot record API usage");
+    }
+}
+
+/// Flushes usage every few seconds until the account's run ends.
+fn spawn_usage_flusher(shared: Arc<Shared>, done: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(USAGE_FLUSH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                () = done.cancelled() => return,
+                _ = tick.tick() => flush_usage(&shared).await,
+            }
+        }
+    })
+}
+
+/// How often API usage reaches the catalog during a run.
+const USAGE_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Records the day's API usage and decides the account's outcome.
 async fn finish(
     shared: &Arc<Shared>,
@@ -452,25 +516,7 @@ async fn finish(
         .into_iter()
         .map(|((endpoint, errcode), calls)| (endpoint.name(), errcode, calls))
         .collect();
-    let mut usage: Vec<(&'static str, u64)> = Vec::new();
-    for (endpoint, _, count) in &calls {
-        match usage.last_mut() {
-            Some((name, total)) if name == endpoint => *total += count,
-            _ => usage.push((endpoint, *count)),
-        }
-    }
-    let name = shared.name.clone();
-    let day = beijing_day(unix_now());
-    let recorded = with_catalog(&shared.catalog, move |c| {
-        for (endpoint, calls) in usage {
-            c.add_usage(&name, &day, endpoint, calls)?;
-        }
-        Ok(())
-    })
-    .await;
-    if let Err(err) = recorded {
-        tracing::error!(account = %shared.name, error = %err, "cannot record API usage");
-    }
+    flush_usage(shared).await;
     let mut counts = *shared
         .counts
         .lock()
