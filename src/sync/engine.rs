@@ -259,7 +259,7 @@ async fn set_budgets(shared: &Arc<Shared>, limits: &Limits) -> Result<(), Stop> 
                 c.usage(&name, &day, endpoint.name())
             })
             .await
-            .map_err(|err| Stop::Abort(err.to_string()))?;
+            .map_err(|err| Stop::Abort(crate::error_chain(&err)))?;
             let left = limit.saturating_sub(used);
             budget = Some(budget.map_or(left, |b| b.min(left)));
         }
@@ -348,7 +348,7 @@ async fn list_once(
             Ok(page) => page,
             Err(err) => {
                 shared.stop_on(&err);
-                return Err(err.to_string());
+                return Err(crate::error_chain(&err));
             }
         };
         view.totals.insert(page.total_count);
@@ -401,7 +401,7 @@ async fn record_page(
     })
     .await
     .map_err(|err| {
-        let message = err.to_string();
+        let message = crate::error_chain(&err);
         shared.stop(Stop::Abort(message.clone()));
         message
     })?;
@@ -441,7 +441,7 @@ async fn mark_deleted(
     })
     .await
     .map_err(|err| {
-        let message = err.to_string();
+        let message = crate::error_chain(&err);
         shared.stop(Stop::Abort(message.clone()));
         message
     })
@@ -488,7 +488,10 @@ async fn flush_usage(shared: &Arc<Shared>) {
 }
 
 /// Flushes usage every few seconds until the account's run ends.
-fn spawn_usage_flusher(shared: Arc<Shared>, done: CancellationToken) -> tokio::task::JoinHandle<()> {
+fn spawn_usage_flusher(
+    shared: Arc<Shared>,
+    done: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(USAGE_FLUSH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

@@ -100,11 +100,14 @@ async fn fetch_asset(shared: &Arc<Shared>, job: Job) {
         match err {
             FetchError::Cancelled => return,
             FetchError::Catalog(err) => {
-                shared.stop(Stop::Abort(err.to_string()));
+                shared.stop(Stop::Abort(crate::error_chain(&err)));
                 return;
             }
             FetchError::Store(err) => {
-                shared.stop(Stop::Abort(format!("cannot store {media_id}: {err}")));
+                shared.stop(Stop::Abort(format!(
+                    "cannot store {media_id}: {}",
+                    crate::error_chain(&err)
+                )));
                 return;
             }
             FetchError::Stream(err) if attempt < attempts => {
@@ -114,7 +117,7 @@ async fn fetch_asset(shared: &Arc<Shared>, job: Job) {
                 attempt += 1;
             }
             FetchError::Stream(err) => {
-                record_failure(shared, &media_id, &err.to_string()).await;
+                record_failure(shared, &media_id, &crate::error_chain(&err)).await;
                 return;
             }
             FetchError::Api(err) => {
@@ -125,7 +128,7 @@ async fn fetch_asset(shared: &Arc<Shared>, job: Job) {
                     note_gone(shared, &media_id).await;
                     return;
                 }
-                record_failure(shared, &media_id, &err.to_string()).await;
+                record_failure(shared, &media_id, &crate::error_chain(&err)).await;
                 return;
             }
         }
@@ -144,7 +147,7 @@ async fn note_gone(shared: &Arc<Shared>, media_id: &str) {
     })
     .await;
     if let Err(err) = noted {
-        shared.stop(Stop::Abort(err.to_string()));
+        shared.stop(Stop::Abort(crate::error_chain(&err)));
     }
 }
 
@@ -162,7 +165,7 @@ async fn record_failure(shared: &Arc<Shared>, media_id: &str, reason: &str) {
     })
     .await;
     if let Err(err) = recorded {
-        shared.stop(Stop::Abort(err.to_string()));
+        shared.stop(Stop::Abort(crate::error_chain(&err)));
     }
 }
 
@@ -388,11 +391,11 @@ async fn fetch_article_image(
     let outcome = match shared.client.download(url).await {
         Ok(Downloaded::File(download)) => match stream_to_store(shared, *download).await {
             Ok(blob) => Ok(blob),
-            Err(FetchError::Api(err) | FetchError::Stream(err)) => Err(err.to_string()),
+            Err(FetchError::Api(err) | FetchError::Stream(err)) => Err(crate::error_chain(&err)),
             Err(other) => return Err(other),
         },
         Ok(Downloaded::WebPage { .. }) => Err("the image URL answered an HTML page".to_owned()),
-        Err(err) => Err(err.to_string()),
+        Err(err) => Err(crate::error_chain(&err)),
     };
     if let Err(reason) = &outcome {
         tracing::warn!(account = %shared.name, %reason, "article image not stored; retried at the end of the next run");
@@ -429,7 +432,7 @@ pub(super) async fn retry_article_images(shared: &Arc<Shared>) {
         if let Err(FetchError::Store(err)) =
             fetch_article_image(shared, &url, (&media_id, idx)).await
         {
-            shared.stop(Stop::Abort(err.to_string()));
+            shared.stop(Stop::Abort(crate::error_chain(&err)));
             return;
         }
     }

@@ -371,3 +371,56 @@ async fn verify_finds_corrupt_and_missing_blobs_and_status_summarises() {
     );
     assert!(stdout.contains(" ok: fetched 34, failed 0"), "{stdout}");
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` at `path`; `None` when this user may not mount.
+    fn mount(path: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| Self(path.to_owned()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_aborts_naming_the_problem_and_leaves_a_consistent_store() {
+    let sim = small_sim().await;
+    let big = sim.add(MediaKind::Video, Some(24 << 20));
+    let setup = Setup::new(&sim, "");
+    let Some(_disk) = SmallDisk::mount(&setup.data_dir(), "6m") else {
+        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let report = setup.sync().await;
+    assert_eq!(report.status, mpmirror::catalog::RunStatus::Aborted);
+    let message = report.message.unwrap();
+    assert!(
+        message.contains("No space left on device") && message.contains(&big),
+        "{message}"
+    );
+    assert_store_consistent(&setup.data_dir());
+    assert_eq!(
+        setup.count(&format!(
+            "SELECT count(*) FROM assets WHERE media_id = '{big}' AND sha256 IS NOT NULL"
+        )),
+        0
+    );
+    assert_eq!(
+        largest_file(&setup.data_dir().join("tmp")),
+        0,
+        "the partial download was removed"
+    );
+}
