@@ -229,19 +229,11 @@ async fn set_budgets(shared: &Arc<Shared>, limits: &Limits) -> Result<(), Stop> 
                 );
                 budget = Some(allowed);
             }
-            Err(err)
-                if matches!(
-                    err.class(),
-                    ErrorClass::NeedsPerson | ErrorClass::DailyQuota
-                ) && err.errcode() != Some(48001) =>
-            {
+            // quota/get has a quota of its own: when it is spent, or the account may
+            // not call it (48001), the run goes on under daily_budget alone.
+            Err(err) if err.class() == ErrorClass::NeedsPerson && err.errcode() != Some(48001) => {
                 let advice = err.advice().map(|a| format!(": {a}")).unwrap_or_default();
-                let reason = format!("{err}{advice}");
-                return Err(if err.class() == ErrorClass::DailyQuota {
-                    Stop::Quota(reason)
-                } else {
-                    Stop::Abort(reason)
-                });
+                return Err(Stop::Abort(format!("{err}{advice}")));
             }
             Err(err) => {
                 tracing::warn!(

@@ -337,3 +337,13 @@ async fn token_file_is_used_as_is_and_re_read_when_rejected() {
             .contains("is the token service that maintains it running?")
     );
 }
+
+#[tokio::test]
+async fn a_spent_quota_get_quota_does_not_stop_the_backup() {
+    let sim = small_sim().await;
+    let setup = Setup::new(&sim, "daily_budget = { get_material = 1000 }");
+    sim.inject("quota_get", 2, Fault::Errcode { code: 45009 });
+    let report = setup.sync().await;
+    assert_eq!(report.status, RunStatus::Ok, "{:?}", report.message);
+    assert_eq!(report.counts.fetched, 34);
+}
