@@ -10,7 +10,6 @@ mod output;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -20,7 +19,7 @@ use crate::catalog::Catalog;
 use crate::config::{CONFIG_ENV, Config, ConfigError, LogFormat};
 use crate::sim::{SeedSpec, SimConfig, Simulator};
 use crate::store::Store;
-use crate::sync::{self, CATALOG_FILE, Progress, SyncError, SyncOptions};
+use crate::sync::{self, CATALOG_FILE, SyncError, SyncOptions};
 
 /// Command line of `mpmirror`.
 #[derive(Debug, Parser)]
@@ -307,6 +306,3 @@ fn verify(config: &Config) -> Result<u8, CliError> {
 
 /// How often the progress line refreshes.
 pub(crate) const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Live counters shared with a progress line.
-pub type SharedProgress = Arc<Progress>;

@@ -234,8 +234,3 @@ impl Drop for Simulator {
         self.shutdown.cancel();
     }
 }
-
-/// Parses an endpoint name of fault rules and quotas, e.g. `get_material`.
-pub fn is_endpoint_name(name: &str) -> bool {
-    name == "*" || control::endpoint_named(name).is_some()
-}

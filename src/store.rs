@@ -187,29 +187,6 @@ impl Store {
         }
         Ok(size)
     }
-
-    /// Every blob file name under `blobs/`, for audits.
-    ///
-    /// # Errors
-    /// When `blobs/` cannot be read.
-    pub fn list(&self) -> Result<Vec<String>, StoreError> {
-        let mut names = Vec::new();
-        if !self.blobs.exists() {
-            return Ok(names);
-        }
-        let shards = fs::read_dir(&self.blobs).map_err(io_error("cannot read", &self.blobs))?;
-        for shard in shards.flatten() {
-            let path = shard.path();
-            let files = fs::read_dir(&path).map_err(io_error("cannot read", &path))?;
-            names.extend(
-                files
-                    .flatten()
-                    .map(|f| f.file_name().to_string_lossy().into_owned()),
-            );
-        }
-        names.sort();
-        Ok(names)
-    }
 }
 
 /// Bytes written between early write-backs: the final fsync then only has this much
@@ -326,11 +303,6 @@ impl BlobWriter {
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the write-back thread panicked")));
         result.map_err(io_error("cannot sync", &self.path()))
-    }
-
-    /// Bytes written so far.
-    pub fn size(&self) -> u64 {
-        self.size
     }
 
     /// Makes the blob durable under its hash. An existing blob of that hash is the

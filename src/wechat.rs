@@ -22,9 +22,7 @@ use serde_json::{Value, json};
 pub use download::{Downloaded, FileDownload};
 pub use error::{ErrorClass, WechatError};
 pub use token::{Credentials, TokenCache};
-pub use types::{
-    MaterialCount, MaterialItem, MaterialKind, MaterialPage, NewsArticle, Quota, VideoInfo,
-};
+pub use types::{MaterialItem, MaterialKind, MaterialPage, NewsArticle, Quota, VideoInfo};
 
 use token::{Fetched, read_token_file};
 
@@ -235,11 +233,6 @@ impl Client {
     /// Time spent waiting for the rate limiter so far.
     pub fn limiter_wait(&self) -> Duration {
         *lock(&self.limiter_waits)
-    }
-
-    /// How many token rejections caused a refresh so far.
-    pub async fn token_refreshes(&self) -> u32 {
-        self.tokens.refreshes().await
     }
 
     fn count(&self, endpoint: Endpoint, errcode: i64) {
@@ -564,14 +557,6 @@ impl Client {
             )
             .await?;
         Ok(answer.quota)
-    }
-
-    /// `get_materialcount`.
-    ///
-    /// # Errors
-    /// API, transport and token errors after retries.
-    pub async fn material_count(&self) -> Result<MaterialCount, WechatError> {
-        self.call_json(Endpoint::GetMaterialCount, None).await
     }
 
     /// Downloads from a CDN URL (a video's down_url, an article image): not paced by

@@ -22,8 +22,6 @@ pub struct FileDownload {
     pub content_length: Option<u64>,
     /// File name from Content-Disposition, if any.
     pub filename: Option<String>,
-    /// Content-Type as sent (not trusted; recorded for reference).
-    pub content_type: Option<String>,
 }
 
 /// What a download URL turned out to hold.
@@ -77,7 +75,6 @@ pub(crate) async fn sniff(
         });
     }
     let headers = response.headers();
-    let content_type = header_text(headers, reqwest::header::CONTENT_TYPE);
     let filename =
         header_text(headers, reqwest::header::CONTENT_DISPOSITION).and_then(|d| filename_of(&d));
     let content_length = response.content_length();
@@ -117,7 +114,6 @@ pub(crate) async fn sniff(
         received: 0,
         content_length,
         filename,
-        content_type,
     })))
 }
 

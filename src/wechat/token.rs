@@ -111,11 +111,6 @@ impl TokenCache {
         }
         Ok(())
     }
-
-    /// How many rejections caused a refresh so far.
-    pub async fn refreshes(&self) -> u32 {
-        self.state.lock().await.refreshes
-    }
 }
 
 /// Reads a token file: the token alone, surrounding whitespace ignored.

@@ -179,17 +179,3 @@ pub struct Quota {
     /// Calls left today.
     pub remain: u64,
 }
-
-/// What `get_materialcount` answers.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(default)]
-pub struct MaterialCount {
-    /// Voice clips.
-    pub voice_count: u64,
-    /// Videos.
-    pub video_count: u64,
-    /// Images.
-    pub image_count: u64,
-    /// News items.
-    pub news_count: u64,
-}

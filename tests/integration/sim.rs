@@ -6,22 +6,7 @@ use std::time::Duration;
 use mpmirror::sim::{Fault, HookAction, MediaKind, SeedSpec, SimConfig, Simulator};
 use serde_json::{Value, json};
 
-use super::common::{binary, expected_sha256, loopback, sha256, sim_with, small_sim};
-
-async fn stable_token(sim: &Simulator, force: bool) -> Value {
-    reqwest::Client::new()
-        .post(format!("{}/cgi-bin/stable_token", sim.base_url()))
-        .json(
-            &json!({"grant_type": "client_credential", "appid": sim.app_id(),
-                      "secret": sim.app_secret(), "force_refresh": force}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
+use super::common::{binary, expected_sha256, loopback, sha256, sim_with, small_sim, stable_token};
 
 async fn legacy_token(sim: &Simulator, secret: &str) -> Value {
     reqwest::Client::new()
