@@ -106,6 +106,8 @@ async fn a_rejected_token_is_refreshed_once_and_the_request_retried() {
 async fn tokens_revoked_mid_run_are_replaced_by_one_refresh() {
     let sim = std::sync::Arc::new(small_sim().await);
     let setup = Setup::new(&sim, "concurrent_downloads = 8");
+    // Slow fetches keep the run going long after the revocation, even on a busy machine.
+    sim.inject("get_material", 40, Fault::Latency { millis: 30 });
     let watcher = {
         let sim = sim.clone();
         tokio::spawn(async move {
