@@ -313,6 +313,7 @@ pub async fn run(
             state.last_status.map_or("none", RunStatus::as_str)
         );
         notify_systemd(&[sd_notify::NotifyState::Status(&status)]);
+        check_stale(&mut state, &metrics).await;
         let wait = Duration::from_secs((next - sync::unix_now()).max(0) as u64);
         // Wake at least every minute to check the backup's age for stale alerts.
         let tick = Duration::from_mins(1).min(wait);
@@ -325,7 +326,6 @@ pub async fn run(
             }
             () = tokio::time::sleep(tick) => {}
         }
-        check_stale(&mut state, &metrics).await;
         if sync::unix_now() < next {
             continue;
         }

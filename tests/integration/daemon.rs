@@ -355,6 +355,53 @@ async fn a_failed_run_posts_to_the_webhook_without_secrets_and_health_flips() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_backup_is_notified_once() {
+    let sim = small_sim().await;
+    let (url, bodies) = webhook_receiver().await;
+    let setup = daemon_setup(
+        &sim,
+        "every = \"1h\"",
+        &format!("[health]\nmax_age = \"1h\"\n[notify]\nwebhook = \"{url}\""),
+    );
+    std::fs::create_dir_all(setup.data_dir()).unwrap();
+    let mut catalog =
+        mpmirror::catalog::Catalog::open(&setup.data_dir().join("catalog.db")).unwrap();
+    let now = mpmirror::sync::unix_now();
+    let id = catalog.begin_run(now - 3 * 86_400, 1).unwrap();
+    let counts = mpmirror::catalog::RunCounts::default();
+    catalog
+        .finish_run(
+            id,
+            now - 3 * 86_400 + 60,
+            mpmirror::catalog::RunStatus::Ok,
+            &counts,
+            None,
+        )
+        .unwrap();
+    drop(catalog);
+    let child = spawn_daemon(&setup);
+    wait_for("a stale alert", Duration::from_secs(30), || {
+        !bodies.lock().unwrap().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(&child, "TERM");
+    let (code, _) = wait_exit(child, Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0));
+    let posted = bodies.lock().unwrap().clone();
+    assert_eq!(posted.len(), 1, "notified once: {posted:?}");
+    let json: serde_json::Value = serde_json::from_str(&posted[0]).unwrap();
+    assert_eq!(json["event"], "stale");
+    assert!(
+        json["text"]
+            .as_str()
+            .unwrap()
+            .contains("has not succeeded for 2days 23h 59m"),
+        "{json}"
+    );
+}
+
 #[test]
 fn health_needs_a_recent_ok_run() {
     let dir = tempfile::tempdir().unwrap();
