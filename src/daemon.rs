@@ -342,7 +342,11 @@ pub async fn run(
 }
 
 fn reload(state: &mut State, path: &std::path::Path) {
-    notify_systemd(&[sd_notify::NotifyState::Reloading]);
+    // systemd 253+ wants RELOADING=1 paired with the monotonic time it started.
+    match sd_notify::NotifyState::monotonic_usec_now() {
+        Ok(now) => notify_systemd(&[sd_notify::NotifyState::Reloading, now]),
+        Err(_) => notify_systemd(&[sd_notify::NotifyState::Reloading]),
+    }
     match Config::load(path)
         .map_err(|err| crate::error_chain(&err))
         .and_then(|config| {

@@ -220,6 +220,53 @@ async fn quota_reached_moves_the_next_run_to_the_quota_reset() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_status_and_stopping() {
+    let sim = small_sim().await;
+    let setup = daemon_setup(&sim, "every = \"1h\"\nrun_at_start = true", "");
+    let socket_path = setup.dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let child = binary()
+        .arg("--config")
+        .arg(&setup.config_path)
+        .arg("daemon")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut heard = Vec::new();
+    let mut buffer = vec![0u8; 4096];
+    while !heard.iter().any(|m: &String| m.contains("last run ok")) {
+        let received = tokio::time::timeout(Duration::from_secs(30), socket.recv(&mut buffer))
+            .await
+            .expect("systemd notifications")
+            .unwrap();
+        heard.push(String::from_utf8_lossy(&buffer[..received]).trim_end().to_owned());
+    }
+    signal(&child, "TERM");
+    while !heard.iter().any(|m| m.contains("STOPPING=1")) {
+        let received = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buffer))
+            .await
+            .expect("STOPPING")
+            .unwrap();
+        heard.push(String::from_utf8_lossy(&buffer[..received]).trim_end().to_owned());
+    }
+    let (code, _) = wait_exit(child, Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0));
+    let ready = heard.iter().position(|m| m == "READY=1").expect("READY=1");
+    assert!(
+        heard[ready + 1..]
+            .iter()
+            .any(|m| m.starts_with("STATUS=next run ")),
+        "{heard:?}"
+    );
+    assert!(
+        heard.iter().any(|m| m == "STATUS=sync running"),
+        "{heard:?}"
+    );
+}
+
 #[test]
 fn next_start_waits_for_beijing_midnight_after_45009() {
     // 2026-11-23 10:00:00 UTC is 18:00 in Beijing; quotas reset at 16:00 UTC.
