@@ -220,6 +220,22 @@ async fn quota_reached_moves_the_next_run_to_the_quota_reset() {
     );
 }
 
+/// Collects sd_notify messages until one contains `needle`.
+async fn hear_until(socket: &tokio::net::UnixDatagram, heard: &mut Vec<String>, needle: &str) {
+    let mut buffer = vec![0u8; 4096];
+    while !heard.iter().any(|m| m.contains(needle)) {
+        let received = tokio::time::timeout(Duration::from_secs(30), socket.recv(&mut buffer))
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} from the daemon: {heard:?}"))
+            .unwrap();
+        heard.push(
+            String::from_utf8_lossy(&buffer[..received])
+                .trim_end()
+                .to_owned(),
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_hears_ready_status_and_stopping() {
     let sim = small_sim().await;
@@ -236,22 +252,9 @@ async fn systemd_hears_ready_status_and_stopping() {
         .spawn()
         .unwrap();
     let mut heard = Vec::new();
-    let mut buffer = vec![0u8; 4096];
-    while !heard.iter().any(|m: &String| m.contains("last run ok")) {
-        let received = tokio::time::timeout(Duration::from_secs(30), socket.recv(&mut buffer))
-            .await
-            .expect("systemd notifications")
-            .unwrap();
-        heard.push(String::from_utf8_lossy(&buffer[..received]).trim_end().to_owned());
-    }
+    hear_until(&socket, &mut heard, "last run ok").await;
     signal(&child, "TERM");
-    while !heard.iter().any(|m| m.contains("STOPPING=1")) {
-        let received = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buffer))
-            .await
-            .expect("STOPPING")
-            .unwrap();
-        heard.push(String::from_utf8_lossy(&buffer[..received]).trim_end().to_owned());
-    }
+    hear_until(&socket, &mut heard, "STOPPING=1").await;
     let (code, _) = wait_exit(child, Duration::from_secs(10)).await;
     assert_eq!(code, Some(0));
     let ready = heard.iter().position(|m| m == "READY=1").expect("READY=1");
