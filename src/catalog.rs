@@ -389,13 +389,22 @@ impl Catalog {
 
     /// The most recent runs, newest first.
     pub fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, CatalogError> {
+        self.read_runs("", limit)
+    }
+
+    /// The newest run that finished ok.
+    pub fn last_ok_run(&self) -> Result<Option<RunRecord>, CatalogError> {
+        Ok(self.read_runs("WHERE status = 'ok'", 1)?.pop())
+    }
+
+    fn read_runs(&self, filter: &str, limit: usize) -> Result<Vec<RunRecord>, CatalogError> {
         let mut statement = self
             .conn
-            .prepare(
+            .prepare(&format!(
                 "SELECT id, started_at, finished_at, status, listed, new, changed, deleted,
                         fetched, failed, bytes, api_calls, message
-                 FROM runs ORDER BY id DESC LIMIT ?1",
-            )
+                 FROM runs {filter} ORDER BY id DESC LIMIT ?1"
+            ))
             .map_err(sql(&self.path, "cannot read runs"))?;
         let rows = statement
             .query_map(params![limit as i64], |row| {
@@ -422,23 +431,6 @@ impl Catalog {
             .map_err(sql(&self.path, "cannot read runs"))?;
         rows.collect::<Result<_, _>>()
             .map_err(sql(&self.path, "cannot read runs"))
-    }
-
-    /// The newest run that finished ok.
-    pub fn last_ok_run(&self) -> Result<Option<RunRecord>, CatalogError> {
-        let id: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT id FROM runs WHERE status = 'ok' ORDER BY id DESC LIMIT 1",
-                [],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(sql(&self.path, "cannot read runs"))?;
-        let Some(id) = id else {
-            return Ok(None);
-        };
-        Ok(self.runs(usize::MAX >> 1)?.into_iter().find(|r| r.id == id))
     }
 
     // ----- listing -----

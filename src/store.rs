@@ -156,7 +156,7 @@ impl Store {
                 size: bytes.len() as u64,
             });
         }
-        let mut writer = self.writer_with(Hasher::Inline(Sha256::new()))?;
+        let mut writer = self.writer_with(Hasher::Known(sha256))?;
         writer.write(Bytes::copy_from_slice(bytes))?;
         writer.commit()
     }
@@ -196,10 +196,11 @@ const WRITEBACK_EVERY: u64 = 64 << 20;
 /// Chunks queued for the hashing thread; with the fetcher's queue this bounds memory.
 const HASH_QUEUE: usize = 8;
 
-/// Hashes inline (small blobs) or on its own thread (streams), so that hashing and
-/// writing a large download use two cores.
+/// A hash already known (blobs in memory) or computed on its own thread while a stream
+/// is written, so that hashing and writing a large download use two cores.
 enum Hasher {
-    Inline(Sha256),
+    /// The hash was computed before writing (in-memory blobs).
+    Known(String),
     Threaded {
         chunks: mpsc::SyncSender<Bytes>,
         thread: thread::JoinHandle<Sha256>,
@@ -222,23 +223,19 @@ impl Hasher {
     /// Hashes a chunk; false if the hashing thread is gone.
     fn update(&mut self, chunk: Bytes) -> bool {
         match self {
-            Self::Inline(hasher) => {
-                hasher.update(&chunk);
-                true
-            }
+            Self::Known(_) => true,
             Self::Threaded { chunks, .. } => chunks.send(chunk).is_ok(),
         }
     }
 
     fn finish(self) -> Option<String> {
-        let hasher = match self {
-            Self::Inline(hasher) => hasher,
+        match self {
+            Self::Known(sha256) => Some(sha256),
             Self::Threaded { chunks, thread } => {
                 drop(chunks);
-                thread.join().ok()?
+                Some(hex::encode(thread.join().ok()?.finalize()))
             }
-        };
-        Some(hex::encode(hasher.finalize()))
+        }
     }
 }
 
