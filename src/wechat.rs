@@ -266,17 +266,27 @@ impl Client {
     }
 
     async fn fetch_token(&self) -> Result<Fetched, WechatError> {
+        match &self.config.credentials {
+            Credentials::Stable(secret) => self.retrying(|| self.stable_token(secret)).await,
+            Credentials::Legacy(secret) => self.retrying(|| self.legacy_token(secret)).await,
+            Credentials::File(path) => self.file_token(path).await,
+        }
+    }
+
+    /// Tries `attempt` until it succeeds, fails for good, or runs out of attempts,
+    /// with the policy's backoff between tries.
+    async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, WechatError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, WechatError>>,
+    {
         let mut retry = 0;
         loop {
-            let result = match &self.config.credentials {
-                Credentials::Stable(secret) => self.stable_token(secret).await,
-                Credentials::Legacy(secret) => self.legacy_token(secret).await,
-                Credentials::File(path) => return self.file_token(path).await,
-            };
-            match result {
+            match attempt().await {
                 Err(err) if err.is_retryable() && retry + 1 < self.config.retry.attempts => {
-                    tracing::warn!(error = %err, "token request failed; retrying");
-                    tokio::time::sleep(self.config.retry.backoff(retry)).await;
+                    let delay = self.config.retry.backoff(retry);
+                    tracing::warn!(error = %err, ?delay, "request failed; retrying");
+                    tokio::time::sleep(delay).await;
                     retry += 1;
                 }
                 other => return other,
@@ -569,20 +579,13 @@ impl Client {
             .ok()
             .and_then(|u| u.host_str().map(str::to_owned))
             .unwrap_or_else(|| "download".to_owned());
-        let mut retries = 0;
-        loop {
-            let result = match self.http.get(url).send().await {
+        self.retrying(|| async {
+            match self.http.get(url).send().await {
                 Ok(response) => download::sniff(&host, response).await,
                 Err(err) => Err(error::transport(&host, err)),
-            };
-            match result {
-                Err(err) if err.is_retryable() && retries + 1 < self.config.retry.attempts => {
-                    tokio::time::sleep(self.config.retry.backoff(retries)).await;
-                    retries += 1;
-                }
-                other => return other,
             }
-        }
+        })
+        .await
     }
 }
 
