@@ -104,6 +104,13 @@ impl Shared {
         }
     }
 
+    /// Aborts the account's work because of `err`; returns the message recorded.
+    pub fn abort(&self, err: &dyn std::error::Error) -> String {
+        let message = crate::error_chain(err);
+        self.stop(Stop::Abort(message.clone()));
+        message
+    }
+
     pub fn stopped(&self) -> Option<Stop> {
         self.stop
             .lock()
@@ -392,11 +399,7 @@ async fn record_page(
         Ok((planned, page, counts))
     })
     .await
-    .map_err(|err| {
-        let message = crate::error_chain(&err);
-        shared.stop(Stop::Abort(message.clone()));
-        message
-    })?;
+    .map_err(|err| shared.abort(&err))?;
     shared.count(|c| {
         c.new += counts.new;
         c.changed += counts.changed;
@@ -432,11 +435,7 @@ async fn mark_deleted(
         c.mark_deleted(&name, kind.as_str(), &seen, now)
     })
     .await
-    .map_err(|err| {
-        let message = crate::error_chain(&err);
-        shared.stop(Stop::Abort(message.clone()));
-        message
-    })
+    .map_err(|err| shared.abort(&err))
 }
 
 /// Adds the API calls made since the last flush to the day's usage in the catalog, so

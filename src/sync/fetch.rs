@@ -100,7 +100,7 @@ async fn fetch_asset(shared: &Arc<Shared>, job: Job) {
         match err {
             FetchError::Cancelled => return,
             FetchError::Catalog(err) => {
-                shared.stop(Stop::Abort(crate::error_chain(&err)));
+                shared.abort(&err);
                 return;
             }
             FetchError::Store(err) => {
@@ -147,7 +147,7 @@ async fn note_gone(shared: &Arc<Shared>, media_id: &str) {
     })
     .await;
     if let Err(err) = noted {
-        shared.stop(Stop::Abort(crate::error_chain(&err)));
+        shared.abort(&err);
     }
 }
 
@@ -165,7 +165,7 @@ async fn record_failure(shared: &Arc<Shared>, media_id: &str, reason: &str) {
     })
     .await;
     if let Err(err) = recorded {
-        shared.stop(Stop::Abort(crate::error_chain(&err)));
+        shared.abort(&err);
     }
 }
 
@@ -432,7 +432,7 @@ pub(super) async fn retry_article_images(shared: &Arc<Shared>) {
         if let Err(FetchError::Store(err)) =
             fetch_article_image(shared, &url, (&media_id, idx)).await
         {
-            shared.stop(Stop::Abort(crate::error_chain(&err)));
+            shared.abort(&err);
             return;
         }
     }
