@@ -7,6 +7,7 @@
 
 mod engine;
 mod fetch;
+mod listing;
 mod plan;
 
 use std::fs::{File, OpenOptions};

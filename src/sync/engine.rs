@@ -1,7 +1,7 @@
 //! One account's part of a run: budgets, listing with consistency checks, the fetch
 //! pipeline, deletions, usage accounting, and the account's summary.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -9,6 +9,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::fetch::Job;
+use super::listing::{Pass, View};
 use super::{SyncOptions, beijing_day, unix_now, with_catalog};
 use crate::catalog::{Catalog, Listed, RunCounts, RunStatus};
 use crate::config::Limits;
@@ -304,74 +305,32 @@ async fn list_kind(
     ))
 }
 
-/// What one pass over a type's listing saw.
-struct View {
-    seen: HashSet<String>,
-    totals: BTreeSet<u64>,
-    duplicates: usize,
-    malformed: usize,
-    short: bool,
-}
-
-impl View {
-    /// A pass is consistent when total_count never moved, no item came twice, none was
-    /// missing, and the distinct items add up to total_count.
-    fn consistent(&self) -> bool {
-        let total = self.totals.iter().next().copied().unwrap_or(0);
-        self.totals.len() <= 1
-            && self.duplicates == 0
-            && !self.short
-            && (self.seen.len() + self.malformed) as u64 == total
-    }
-}
-
+/// One pass over `kind`, recording each page and queueing its fetches as it arrives.
 async fn list_once(
     shared: &Arc<Shared>,
     kind: MaterialKind,
     jobs: &mpsc::UnboundedSender<Job>,
     planned: &mut HashSet<String>,
 ) -> Result<View, String> {
-    let mut view = View {
-        seen: HashSet::new(),
-        totals: BTreeSet::new(),
-        duplicates: 0,
-        malformed: 0,
-        short: false,
-    };
-    let mut offset = 0u64;
+    let mut pass = Pass::new(kind);
     loop {
         if shared.halt.is_cancelled() {
             return Err("stopped".to_owned());
         }
-        let page = match shared.client.list(kind, offset, 20).await {
-            Ok(page) => page,
+        let page = match pass.next(&shared.client).await {
+            Ok(Some(page)) => page,
+            Ok(None) => return Ok(pass.into_view()),
             Err(err) => {
                 shared.stop_on(&err);
                 return Err(crate::error_chain(&err));
             }
         };
-        view.totals.insert(page.total_count);
-        view.malformed += page.malformed;
-        let received = (page.items.len() + page.malformed) as u64;
         shared
             .options
             .progress
             .listed
             .fetch_add(page.items.len() as u64, Ordering::Relaxed);
-        for item in &page.items {
-            if !view.seen.insert(item.media_id.clone()) {
-                view.duplicates += 1;
-            }
-        }
         record_page(shared, kind, page, jobs, planned).await?;
-        offset += received;
-        if received == 0 {
-            view.short = offset < view.totals.iter().max().copied().unwrap_or(0);
-            return Ok(view);
-        }
-        if offset >= view.totals.iter().max().copied().unwrap_or(0) {
-            return Ok(view);
-        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
+use super::listing::Pass;
 use super::{CATALOG_FILE, SyncError, SyncOptions, client_config, with_catalog};
 use crate::catalog::{Catalog, FetchReason, Listed};
 use crate::config::Config;
@@ -110,36 +111,26 @@ async fn plan_account(
             kind: kind.as_str(),
             ..KindPlan::default()
         };
-        let mut seen = HashSet::new();
-        let mut offset = 0u64;
-        let mut total = None;
-        let mut duplicates = 0;
+        let mut pass = Pass::new(kind);
+        let mut planned = HashSet::new();
+        let mut failed = false;
         loop {
-            let page = match client.list(kind, offset, 20).await {
-                Ok(page) => page,
+            let page = match pass.next(client).await {
+                Ok(Some(page)) => page,
+                Ok(None) => break,
                 Err(err) => {
-                    report.error = Some(err.to_string());
+                    report.error = Some(crate::error_chain(&err));
+                    failed = true;
                     break;
                 }
             };
             plan.listing_calls += 1;
-            if total.is_some_and(|t| t != page.total_count) {
-                duplicates += 1;
-            }
-            total = Some(page.total_count);
             let fresh: Vec<_> = page
                 .items
                 .into_iter()
-                .filter(|item| {
-                    let new = seen.insert(item.media_id.clone());
-                    duplicates += usize::from(!new);
-                    new
-                })
+                .filter(|item| planned.insert(item.media_id.clone()))
                 .collect();
-            let received = fresh.len() as u64 + page.malformed as u64;
-            offset += received.max(1);
-            let planned = plan_items(catalog, name, &fresh).await?;
-            for (index, reason) in planned {
+            for (index, reason) in plan_items(catalog, name, &fresh).await? {
                 match reason {
                     FetchReason::New => plan.new += 1,
                     FetchReason::Changed => plan.changed += 1,
@@ -158,12 +149,10 @@ async fn plan_account(
                     plan.fetch_calls += 1;
                 }
             }
-            if received == 0 || offset >= page.total_count {
-                break;
-            }
         }
-        plan.listed = seen.len() as u64;
-        plan.complete = duplicates == 0 && total.is_some_and(|t| t == plan.listed);
+        let view = pass.into_view();
+        plan.listed = view.seen.len() as u64;
+        plan.complete = !failed && view.consistent();
         report.kinds.push(plan);
     }
     Ok(report)
