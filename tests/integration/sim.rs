@@ -47,9 +47,17 @@ async fn post_json(sim: &Simulator, path: &str, token: &str, body: &Value) -> Va
     response.json().await.unwrap()
 }
 
+async fn batchget(sim: &Simulator, token: &str, body: &Value) -> Value {
+    post_json(sim, "/cgi-bin/material/batchget_material", token, body).await
+}
+
 async fn list_page(sim: &Simulator, token: &str, kind: &str, offset: u64) -> Value {
-    let body = json!({"type": kind, "offset": offset, "count": 20});
-    post_json(sim, "/cgi-bin/material/batchget_material", token, &body).await
+    batchget(
+        sim,
+        token,
+        &json!({"type": kind, "offset": offset, "count": 20}),
+    )
+    .await
 }
 
 fn errcode(value: &Value) -> i64 {
@@ -70,9 +78,8 @@ async fn stable_token_is_reused_and_force_refresh_replaces_it() {
     let forced = stable_token(&sim, true).await;
     assert_ne!(token_of(&first), token_of(&forced));
     // The old one still works during the grace period.
-    let count = post_json(
+    let count = batchget(
         &sim,
-        "/cgi-bin/material/batchget_material",
         &token_of(&first),
         &json!({"type": "image", "offset": 0, "count": 1}),
     )
@@ -89,15 +96,15 @@ async fn legacy_token_invalidates_the_previous_one_after_the_grace() {
     let stable = token_of(&stable_token(&sim, false).await);
     let second = token_of(&legacy_token(&sim, &sim.app_secret()).await);
     let body = json!({"type": "voice", "offset": 0, "count": 20});
-    let old = post_json(&sim, "/cgi-bin/material/batchget_material", &first, &body).await;
+    let old = batchget(&sim, &first, &body).await;
     assert_eq!(errcode(&old), 40001);
     assert!(
         old["errmsg"].as_str().unwrap().contains(" rid: "),
         "errmsg carries a rid suffix"
     );
-    let new = post_json(&sim, "/cgi-bin/material/batchget_material", &second, &body).await;
+    let new = batchget(&sim, &second, &body).await;
     assert_eq!(errcode(&new), 0);
-    let isolated = post_json(&sim, "/cgi-bin/material/batchget_material", &stable, &body).await;
+    let isolated = batchget(&sim, &stable, &body).await;
     assert_eq!(
         errcode(&isolated),
         0,
@@ -122,19 +129,13 @@ async fn token_errors_for_wrong_credentials_expiry_and_revocation() {
     let token = token_of(&stable_token(&sim, false).await);
     let body = json!({"type": "news", "offset": 0, "count": 20});
     sim.expire_tokens();
-    let expired = post_json(&sim, "/cgi-bin/material/batchget_material", &token, &body).await;
+    let expired = batchget(&sim, &token, &body).await;
     assert_eq!(errcode(&expired), 42001);
     let token = token_of(&stable_token(&sim, false).await);
     sim.invalidate_tokens();
-    let revoked = post_json(&sim, "/cgi-bin/material/batchget_material", &token, &body).await;
+    let revoked = batchget(&sim, &token, &body).await;
     assert_eq!(errcode(&revoked), 40001);
-    let garbage = post_json(
-        &sim,
-        "/cgi-bin/material/batchget_material",
-        "garbage",
-        &body,
-    )
-    .await;
+    let garbage = batchget(&sim, "garbage", &body).await;
     assert_eq!(errcode(&garbage), 40014);
 }
 
@@ -142,7 +143,6 @@ async fn token_errors_for_wrong_credentials_expiry_and_revocation() {
 async fn batchget_material_pages_newest_first_with_the_real_shapes() {
     let sim = small_sim().await;
     let token = token_of(&stable_token(&sim, false).await);
-    let path = "/cgi-bin/material/batchget_material";
     let first = list_page(&sim, &token, "image", 0).await;
     let second = list_page(&sim, &token, "image", 20).await;
     assert_eq!(first["total_count"], 25);
@@ -191,18 +191,16 @@ async fn batchget_material_pages_newest_first_with_the_real_shapes() {
             .contains("data-src=\"http://127.0.0.1")
     );
     for bad in [0, 21] {
-        let answer = post_json(
+        let answer = batchget(
             &sim,
-            path,
             &token,
             &json!({"type": "image", "offset": 0, "count": bad}),
         )
         .await;
         assert_eq!(errcode(&answer), 40035, "count {bad} is refused");
     }
-    let answer = post_json(
+    let answer = batchget(
         &sim,
-        path,
         &token,
         &json!({"type": "gif", "offset": 0, "count": 1}),
     )
@@ -313,10 +311,9 @@ async fn quotas_report_and_enforce_daily_and_minute_limits() {
         json!({"daily_limit": 3, "used": 3, "remain": 0})
     );
     let body = json!({"type": "image", "offset": 0, "count": 1});
-    let path = "/cgi-bin/material/batchget_material";
     let mut codes = Vec::new();
     for _ in 0..3 {
-        codes.push(errcode(&post_json(&sim, path, &token, &body).await));
+        codes.push(errcode(&batchget(&sim, &token, &body).await));
     }
     // A minute boundary may pass between the calls; at most one call can slip through.
     assert!(codes.contains(&45011) || codes == [0, 0, 0], "{codes:?}");
