@@ -90,14 +90,16 @@ impl Setup {
         conn.query_row(sql, [], |row| row.get(0)).unwrap()
     }
 
-    /// Runs the binary with this setup's config.
+    /// The binary with this setup's config and `args`.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = binary();
+        command.arg("--config").arg(&self.config_path).args(args);
+        command
+    }
+
+    /// Runs the binary with this setup's config, for commands that contact nothing.
     pub fn run_binary(&self, args: &[&str]) -> Output {
-        binary()
-            .arg("--config")
-            .arg(&self.config_path)
-            .args(args)
-            .output()
-            .unwrap()
+        self.command(args).output().unwrap()
     }
 }
 
@@ -125,6 +127,13 @@ pub fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mpmirror"));
     command.env_remove("MPMIRROR_CONFIG").env_remove("RUST_LOG");
     command
+}
+
+/// Runs a command off the async threads, so a simulator in this process keeps serving.
+pub async fn output_of(mut command: Command) -> Output {
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
 }
 
 /// sha256 of bytes, hex.

@@ -33,10 +33,8 @@ fn daemon_setup(sim: &Simulator, schedule: &str, extra: &str) -> Setup {
 }
 
 fn spawn_daemon(setup: &Setup) -> Child {
-    binary()
-        .arg("--config")
-        .arg(&setup.config_path)
-        .arg("daemon")
+    setup
+        .command(&["daemon"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -242,10 +240,8 @@ async fn systemd_hears_ready_status_and_stopping() {
     let setup = daemon_setup(&sim, "every = \"1h\"\nrun_at_start = true", "");
     let socket_path = setup.dir.path().join("notify.sock");
     let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
-    let child = binary()
-        .arg("--config")
-        .arg(&setup.config_path)
-        .arg("daemon")
+    let child = setup
+        .command(&["daemon"])
         .env("NOTIFY_SOCKET", &socket_path)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

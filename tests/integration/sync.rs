@@ -338,17 +338,7 @@ async fn several_accounts_are_mirrored_in_one_run() {
 }
 
 async fn dry_run_binary(setup: &Setup) -> std::process::Output {
-    let path = setup.config_path.clone();
-    tokio::task::spawn_blocking(move || {
-        super::common::binary()
-            .arg("--config")
-            .arg(path)
-            .args(["sync", "--dry-run"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
+    super::common::output_of(setup.command(&["sync", "--dry-run"])).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,21 +8,16 @@ use std::time::{Duration, Instant};
 use mpmirror::sim::MediaKind;
 use mpmirror::sync::RunLock;
 
-use super::common::{Setup, assert_store_consistent, binary, small_sim};
+use super::common::{Setup, assert_store_consistent, binary, output_of, small_sim};
 
 fn stderr_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 async fn run_binary(setup: &Setup, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut command = binary();
-    command.arg("--config").arg(&setup.config_path).args(args);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    tokio::task::spawn_blocking(move || command.output().unwrap())
-        .await
-        .unwrap()
+    let mut command = setup.command(args);
+    command.envs(env.iter().copied());
+    output_of(command).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,16 +99,11 @@ async fn config_flag_wins_over_the_environment() {
     )
     .await;
     assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
-    let path = setup.config_path.display().to_string();
-    let output = tokio::task::spawn_blocking(move || {
-        binary()
-            .args(["sync", "--dry-run"])
-            .env("MPMIRROR_CONFIG", path)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let mut command = binary();
+    command
+        .args(["sync", "--dry-run"])
+        .env("MPMIRROR_CONFIG", &setup.config_path);
+    let output = output_of(command).await;
     assert_eq!(output.status.code(), Some(0), "MPMIRROR_CONFIG works alone");
 }
 
@@ -161,10 +151,8 @@ async fn sigkill_during_a_large_download_leaves_a_consistent_store() {
     let big = sim.add(MediaKind::Video, Some(400 << 20));
     let setup = Setup::new(&sim, "");
     let tmp = setup.data_dir().join("tmp");
-    let mut child = binary()
-        .arg("--config")
-        .arg(&setup.config_path)
-        .arg("sync")
+    let mut child = setup
+        .command(&["sync"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
