@@ -374,14 +374,61 @@ fn validate_schedule(schedule: &Schedule) -> Result<(), ConfigError> {
     if schedule.every.is_some_and(|every| every.is_zero()) {
         return Err(invalid("schedule.every", "must be longer than zero"));
     }
+    parse_zone(schedule.timezone.as_deref())
+        .map_err(|problem| invalid("schedule.timezone", &problem))?;
     if let Some(cron) = &schedule.cron {
-        crate::daemon::CronSchedule::parse(cron, schedule.timezone.as_deref())
+        CronSchedule::parse(cron, schedule.timezone.as_deref())
             .map_err(|problem| invalid("schedule.cron", &problem))?;
-    } else if schedule.timezone.is_some() {
-        crate::daemon::CronSchedule::parse("0 0 * * *", schedule.timezone.as_deref())
-            .map_err(|problem| invalid("schedule.timezone", &problem))?;
     }
     Ok(())
+}
+
+/// Parses an IANA time zone name; `None` is Asia/Shanghai.
+///
+/// # Errors
+/// When the name is not a known zone.
+pub fn parse_zone(name: Option<&str>) -> Result<chrono_tz::Tz, String> {
+    let name = name.unwrap_or(DEFAULT_TIMEZONE);
+    name.parse()
+        .map_err(|_| format!("{name:?} is not an IANA time zone, e.g. Asia/Shanghai"))
+}
+
+/// A 5-field cron expression in a time zone.
+#[derive(Debug, Clone)]
+pub struct CronSchedule {
+    cron: croner::Cron,
+    zone: chrono_tz::Tz,
+}
+
+impl CronSchedule {
+    /// Parses a 5-field expression (minute hour day-of-month month day-of-week) and an
+    /// IANA zone (default Asia/Shanghai).
+    ///
+    /// # Errors
+    /// What is wrong with the expression or the zone.
+    pub fn parse(expression: &str, zone: Option<&str>) -> Result<Self, String> {
+        let fields = expression.split_whitespace().count();
+        if fields != 5 {
+            return Err(format!(
+                "{expression:?} has {fields} fields; expected 5 (minute hour day-of-month month day-of-week)"
+            ));
+        }
+        let cron = <croner::Cron as std::str::FromStr>::from_str(expression)
+            .map_err(|err| format!("{expression:?} is not a cron expression: {err}"))?;
+        Ok(Self {
+            cron,
+            zone: parse_zone(zone)?,
+        })
+    }
+
+    /// The first slot strictly after `unix` (seconds).
+    pub fn next_after(&self, unix: i64) -> Option<i64> {
+        let start = chrono::TimeZone::timestamp_opt(&self.zone, unix, 0).single()?;
+        self.cron
+            .find_next_occurrence(&start, false)
+            .ok()
+            .map(|next| next.timestamp())
+    }
 }
 
 fn validate_url(key: &str, url: &str) -> Result<(), ConfigError> {

@@ -11,15 +11,14 @@ mod metrics;
 mod notify;
 
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, RunStatus};
-use crate::config::{Config, DEFAULT_TIMEZONE, Schedule};
+use crate::config::{Config, CronSchedule, Schedule, parse_zone};
 use crate::sync::{self, SyncOptions, SyncReport};
 
 pub use metrics::Metrics;
@@ -47,44 +46,6 @@ pub enum DaemonError {
     /// Signal handlers cannot be installed.
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
-}
-
-/// A 5-field cron expression in a time zone.
-#[derive(Debug, Clone)]
-pub struct CronSchedule {
-    cron: croner::Cron,
-    zone: chrono_tz::Tz,
-}
-
-impl CronSchedule {
-    /// Parses a 5-field expression (minute hour day-of-month month day-of-week) and an
-    /// IANA zone (default Asia/Shanghai).
-    ///
-    /// # Errors
-    /// What is wrong with the expression or the zone.
-    pub fn parse(expression: &str, zone: Option<&str>) -> Result<Self, String> {
-        let fields = expression.split_whitespace().count();
-        if fields != 5 {
-            return Err(format!(
-                "{expression:?} has {fields} fields; expected 5 (minute hour day-of-month month day-of-week)"
-            ));
-        }
-        let cron = croner::Cron::from_str(expression)
-            .map_err(|err| format!("{expression:?} is not a cron expression: {err}"))?;
-        let zone_name = zone.unwrap_or(DEFAULT_TIMEZONE);
-        let zone = chrono_tz::Tz::from_str(zone_name)
-            .map_err(|_| format!("{zone_name:?} is not an IANA time zone, e.g. Asia/Shanghai"))?;
-        Ok(Self { cron, zone })
-    }
-
-    /// The first slot strictly after `unix` (seconds).
-    pub fn next_after(&self, unix: i64) -> Option<i64> {
-        let start = self.zone.timestamp_opt(unix, 0).single()?;
-        self.cron
-            .find_next_occurrence(&start, false)
-            .ok()
-            .map(|next| next.timestamp())
-    }
 }
 
 /// When runs happen.
@@ -171,11 +132,7 @@ pub fn health_problem(catalog: &Catalog, max_age: Duration, now: i64) -> Result<
 }
 
 fn local_time(unix: i64, schedule: &Schedule) -> String {
-    let zone = schedule
-        .timezone
-        .as_deref()
-        .and_then(|z| chrono_tz::Tz::from_str(z).ok())
-        .unwrap_or(chrono_tz::Asia::Shanghai);
+    let zone = parse_zone(schedule.timezone.as_deref()).unwrap_or(chrono_tz::Asia::Shanghai);
     DateTime::<Utc>::from_timestamp(unix, 0).map_or_else(
         || unix.to_string(),
         |t| {
